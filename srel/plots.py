@@ -162,6 +162,10 @@ def _new_figure(**kwargs) -> Figure:
     return fig
 
 
+def _runs(n_runs: int) -> str:
+    return f"{n_runs} run{'s' if n_runs != 1 else ''}"
+
+
 def _quiet(func, *args, **kwargs):
     """Call a NaN-aware numpy reduction; all-NaN slices give NaN without a RuntimeWarning."""
     with warnings.catch_warnings():
@@ -256,7 +260,8 @@ def plot_s_rel_curves(
         own = num == den
         label = f"update on {names[den]}, measured on {names[num]}"
         label += " (own class)" if own else ""
-        ax.plot(x, center, color=colors[num], lw=2.6 if own else 1.7, label=label, zorder=3 - own)
+        width, zorder = (2.6, 3) if own else (1.7, 2)  # own class thick and on top
+        ax.plot(x, center, color=colors[num], lw=width, label=label, zorder=zorder)
         if band is not None:
             ax.fill_between(x, band[0], band[1], color=colors[num], alpha=0.18, lw=0)
 
@@ -266,8 +271,10 @@ def plot_s_rel_curves(
         if plotted.size and plotted.min() > 0:
             ax.set_yscale("log", nonpositive="clip")
         else:
-            small = np.abs(plotted[plotted != 0])
-            ax.set_yscale("symlog", linthresh=float(small.min()) if small.size else 1.0)
+            # linear band around 0 just wide enough for the smaller tenth of the magnitudes
+            magnitudes = np.abs(plotted[plotted != 0])
+            linthresh = float(np.percentile(magnitudes, 10)) if magnitudes.size else 1.0
+            ax.set_yscale("symlog", linthresh=linthresh)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{S_REL_LABEL}(x, x')")
     ax.grid(alpha=0.3)
@@ -275,11 +282,11 @@ def plot_s_rel_curves(
 
     if stat == "mean":
         spread = "mean over runs" + (", band: ±1 std over runs" if n_runs > 1 else "")
-        subtitle = f"{spread} ({n_runs} run{'s' if n_runs > 1 else ''})"
+        subtitle = f"{spread} ({_runs(n_runs)})"
     else:
         k = values.shape[-1]
         subtitle = (
-            f"median of {k}x{k} individual pairs pooled over {n_runs} run(s), "
+            f"median of {k}x{k} individual pairs pooled over {_runs(n_runs)}, "
             "band: interquartile range"
         )
     definition = DEFINITION_LABELS.get((details or {}).get("definition"))
@@ -393,12 +400,12 @@ def plot_s_rel_heatmap(
         values = _pair_values(details)
         means = _quiet(np.nanmean, values, axis=(0, 4, 5))  # (M, C_den, C_num)
         n_runs = values.shape[0]
-        how = f"mean of individual pairs pooled over {n_runs} run(s)"
+        how = f"mean of individual pairs pooled over {_runs(n_runs)}"
     else:
         s_rel = _pair_array(results)
         means = _quiet(np.nanmean, s_rel, axis=0)  # (M, C_den, C_num)
         n_runs = s_rel.shape[0]
-        how = f"mean over {n_runs} run{'s' if n_runs > 1 else ''}"
+        how = f"mean over {_runs(n_runs)}"
     n_meas, n_classes = means.shape[:2]
     names = _class_names(class_names, details, n_classes)
     x, xlabel = _measurement_axis(measure_epochs, details, n_meas)
@@ -450,8 +457,9 @@ def plot_s_rel_heatmap(
         for label, color in zip(ax.get_yticklabels(), colors):
             label.set_color(color)
         ax.tick_params(axis="y", labelrotation=0)
-        where = f"epoch {x[idx]:.2f}" if xlabel == "epoch" else f"measurement {idx}"
-        ax.set_title(f"{where} (measurement {idx + 1}/{n_meas})", fontsize=10)
+        where = f"measurement {idx + 1}/{n_meas}"
+        where = f"epoch {x[idx]:.2f} ({where})" if xlabel == "epoch" else where
+        ax.set_title(where, fontsize=10)
         ax.set_xlabel("measured on (num class)")
         ax.set_ylabel("update on (den class)" if panel == 0 else "")
     scale = ", log color scale" if log_color else ""
@@ -552,7 +560,7 @@ def plot_all(
         pair_iters,
         class_names=names,
         measure_epochs=measure_epochs,
-        title=f"{where}: mean {S_REL_LABEL} over {n_runs} run{'s' if n_runs > 1 else ''}",
+        title=f"{where}: mean {S_REL_LABEL} over {_runs(n_runs)}",
     )
     figures.append(("s_rel_heatmap.png", heatmap))
 

@@ -317,7 +317,10 @@ class TestPlotAll:
         pair_path = io.save_pickle(make_pair_iters(), tmp_path / "pair_iters.pkl")
         metrics_path = io.save_pickle(make_metrics(), tmp_path / "metrics.pkl")
         paths = plots.plot_all(
-            pair_path, metrics_path, plots_dir=tmp_path / "Plots", dataset="svhn",
+            pair_path,
+            metrics_path,
+            plots_dir=tmp_path / "Plots",
+            dataset="svhn",
             definition="kl_published",
         )
         folder = tmp_path / "Plots" / "SVHN" / "KL_Published"

@@ -1,0 +1,153 @@
+"""Result pickles in the published layout, plus a sidecar with everything else a run knows.
+
+Per dataset and S_rel definition, under the assets folder:
+  pair_iters_<dataset>_<definition>.pkl          list over runs -> list over the C*C ordered
+                                                 class pairs (srel.elasticity.pair_order) ->
+                                                 list of S_rel over measurements
+  metrics_dictionary_<dataset>_<definition>.pkl  {train_accs, train_losses, test_accs,
+                                                 test_losses}: list over runs of per-epoch lists
+                                                 (accuracies in percent)
+  details_<dataset>_<definition>.pkl             sidecar: parameters as run, seeds, versions, git
+                                                 commit, data source, measurement epochs,
+                                                 (runs, M, C, C, k, k) pair values, floor and
+                                                 non-finite counts, timings
+The first two match the structure of the paper's published pickles, so analysis code written
+for those loads ours unchanged.
+"""
+import datetime
+import math
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from .elasticity import pair_order
+from .io import REPO_ROOT, ResultFileError, load_pickle, resolve_path, save_pickle
+
+METRIC_KEYS = ("train_accs", "train_losses", "test_accs", "test_losses")
+
+
+def result_paths(assets_dir, dataset: str, definition: str) -> dict:
+    folder = resolve_path(assets_dir)
+    tag = f"{dataset}_{definition}"
+    return {
+        "pair_iters": folder / f"pair_iters_{tag}.pkl",
+        "metrics": folder / f"metrics_dictionary_{tag}.pkl",
+        "details": folder / f"details_{tag}.pkl",
+    }
+
+
+def versions() -> dict:
+    import torch
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+        )
+        commit = out.stdout.strip()
+        return (commit + ("-dirty" if dirty.stdout.strip() else "")) if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_results(result, assets_dir="Assets") -> list:
+    """Write the three pickles for every definition in `result`; returns the paths written."""
+    dataset = result.config["dataset"]
+    written = []
+    for definition in result.pair_iters:
+        paths = result_paths(assets_dir, dataset, definition)
+        details = {
+            "format": 1,
+            "dataset": dataset,
+            "definition": definition,
+            "class_names": list(result.class_names),
+            "pair_order": pair_order(len(result.class_names)),
+            "measure_epochs": list(result.measure_epochs),
+            "pair_values": result.pair_values[definition],
+            "n_floored": result.n_floored[definition],
+            "n_nonfinite": result.n_nonfinite[definition],
+            "params": dict(result.config),
+            "seeds": list(result.seeds),
+            "reference_indices": [np.asarray(i) for i in result.reference_indices],
+            "source": result.source,
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": dict(result.seconds),
+        }
+        # the sidecar goes last: a complete set is recognisable by its presence
+        written.append(save_pickle(result.pair_iters[definition], paths["pair_iters"]))
+        written.append(save_pickle(result.metrics, paths["metrics"]))
+        written.append(save_pickle(details, paths["details"]))
+    return written
+
+
+def check_pair_iters(pair_iters, path="pair_iters") -> tuple:
+    """Validate the published structure; returns (runs, n_classes, n_measurements)."""
+    if not isinstance(pair_iters, list) or not pair_iters or not isinstance(pair_iters[0], list):
+        raise ResultFileError(f"{path}: expected a non-empty list over runs of lists over class pairs.")
+    n_pairs = len(pair_iters[0])
+    n_classes = math.isqrt(n_pairs)
+    if n_classes < 2 or n_classes * n_classes != n_pairs:
+        raise ResultFileError(f"{path}: {n_pairs} class pairs per run is not C*C for any C >= 2.")
+    lengths = {len(series) for run in pair_iters for series in run}
+    if any(len(run) != n_pairs for run in pair_iters) or len(lengths) != 1:
+        raise ResultFileError(f"{path}: runs differ in their number of pairs or measurements.")
+    return len(pair_iters), n_classes, lengths.pop()
+
+
+def check_metrics(metrics, path="metrics") -> None:
+    if not isinstance(metrics, dict) or set(METRIC_KEYS) - set(metrics):
+        raise ResultFileError(f"{path}: expected a dict with keys {METRIC_KEYS}.")
+
+
+def load_results(assets_dir="Assets", dataset="digits", definition="kl") -> dict:
+    """Load and check {pair_iters, metrics, details}; details is None when absent (e.g. the
+    paper's published pickles, which have no sidecar)."""
+    paths = result_paths(assets_dir, dataset, definition)
+    for key in ("pair_iters", "metrics"):
+        if not paths[key].is_file():
+            raise FileNotFoundError(
+                f"{paths[key]} not found. Run the {dataset} notebook with definition "
+                f"{definition!r} (or copy published pickles there) first."
+            )
+    pair_iters = load_pickle(paths["pair_iters"])
+    runs, n_classes, n_measurements = check_pair_iters(pair_iters, paths["pair_iters"])
+    metrics = load_pickle(paths["metrics"])
+    check_metrics(metrics, paths["metrics"])
+    details = load_pickle(paths["details"]) if paths["details"].is_file() else None
+    if details is not None:
+        shape = np.shape(details.get("pair_values"))
+        if shape[:4] != (runs, n_measurements, n_classes, n_classes):
+            raise ResultFileError(
+                f"{paths['details']} does not match {paths['pair_iters'].name} "
+                f"(pair values {shape[:4]} vs runs/measurements/classes "
+                f"{(runs, n_measurements, n_classes, n_classes)}); rerun the notebook."
+            )
+    return {"pair_iters": pair_iters, "metrics": metrics, "details": details}
+
+
+def list_results(assets_dir="Assets") -> list:
+    """(dataset, definition) of every pair_iters pickle in the folder, sorted."""
+    found = []
+    for path in Path(resolve_path(assets_dir)).glob("pair_iters_*.pkl"):
+        dataset, _, definition = path.stem[len("pair_iters_"):].rpartition("_")
+        if definition == "published" and dataset.endswith("_kl"):
+            dataset, definition = dataset[: -len("_kl")], "kl_published"
+        found.append((dataset, definition))
+    return sorted(found)
