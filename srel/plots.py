@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from srel import io
+from srel.elasticity import pair_order
 
 DATASET_DIRS = {"cifar10": "CIFAR_10", "cifar100": "CIFAR_100", "svhn": "SVHN", "digits": "DIGITS"}
 DEFINITION_DIRS = {"kl": "KL_Div", "suhe": "SuHe", "kl_published": "KL_Published"}
@@ -45,26 +46,6 @@ TRAIN_COLOR, TEST_COLOR = "#3b4a6b", "#c0392b"
 
 
 # ----------------------------------------------------------------------------- input handling
-
-
-def _fallback_pair_order(n_classes: int) -> list:
-    """(num, den) pairs: per den class d, (d, d) first, then (c, d) for c != d ascending."""
-    # NOTE: mirrors srel.elasticity.pair_order - keeps this module importable on its own.
-    pairs = []
-    for den in range(n_classes):
-        pairs.append((den, den))
-        pairs.extend((num, den) for num in range(n_classes) if num != den)
-    return pairs
-
-
-def _pair_order(n_classes: int) -> list:
-    try:
-        from srel.elasticity import pair_order
-    except ImportError as exc:
-        if exc.name != "srel.elasticity":  # a broken dependency of that module: do not hide it
-            raise
-        return _fallback_pair_order(n_classes)
-    return pair_order(n_classes)
 
 
 def _nan_padded(rows) -> np.ndarray:
@@ -98,7 +79,7 @@ def _pair_array(pair_iters) -> np.ndarray:
     for i, run in enumerate(per_run):
         flat[i, :, : run.shape[1]] = run
     out = np.empty((len(per_run), n_meas, n_classes, n_classes))
-    for idx, (num, den) in enumerate(_pair_order(n_classes)):
+    for idx, (num, den) in enumerate(pair_order(n_classes)):
         out[:, :, den, num] = flat[:, idx, :]
     return out
 

@@ -78,13 +78,6 @@ def band_limits(collection, x):
     return np.array(lower), np.array(upper)
 
 
-def test_pair_order_matches_result_pickles():
-    """Fallback and package pair order equal the hand-written 3-class order."""
-    assert plots._fallback_pair_order(3) == ORDER
-    assert plots._pair_order(3) == ORDER
-    assert plots._fallback_pair_order(4) == plots._pair_order(4)
-
-
 class TestSRelCurves:
     def test_mean_lines_and_std_band(self):
         """Each line is the mean over runs of its own pair; the band is mean +- population std."""
