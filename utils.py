@@ -25,8 +25,21 @@ from srel.elasticity import (
 )
 from srel.io import REPO_ROOT, ResultFileError, load_pickle, resolve_path, save_figure, save_pickle
 from srel.models import count_parameters, make_resnet18, pick_device
-from srel.results import list_results, load_results, result_paths, save_results
-from srel.training import ExperimentConfig, ExperimentResult, run_experiment
+from srel.results import (
+    list_results,
+    load_results,
+    plot_result,
+    result_paths,
+    save_results,
+    summary_table,
+)
+from srel.training import (
+    ExperimentConfig,
+    ExperimentResult,
+    describe_subset,
+    load_subset,
+    run_experiment,
+)
 from srel.plots import (
     infer_measure_epochs,
     plot_all,

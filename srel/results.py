@@ -18,6 +18,7 @@ import datetime
 import math
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,35 +66,54 @@ def git_commit() -> str:
         return "unknown"
 
 
+def details_of(result, definition: str) -> dict:
+    """The sidecar dict of one definition of an `ExperimentResult`."""
+    return {
+        "format": 1,
+        "dataset": result.config["dataset"],
+        "definition": definition,
+        "class_names": list(result.class_names),
+        "pair_order": pair_order(len(result.class_names)),
+        "measure_epochs": list(result.measure_epochs),
+        "pair_values": result.pair_values[definition],
+        "n_floored": result.n_floored[definition],
+        "n_nonfinite": result.n_nonfinite[definition],
+        "params": dict(result.config),
+        "seeds": list(result.seeds),
+        "reference_indices": [np.asarray(i) for i in result.reference_indices],
+        "source": result.source,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": dict(result.seconds),
+    }
+
+
 def save_results(result, assets_dir="Assets") -> list:
     """Write the three pickles for every definition in `result`; returns the paths written."""
-    dataset = result.config["dataset"]
     written = []
     for definition in result.pair_iters:
-        paths = result_paths(assets_dir, dataset, definition)
-        details = {
-            "format": 1,
-            "dataset": dataset,
-            "definition": definition,
-            "class_names": list(result.class_names),
-            "pair_order": pair_order(len(result.class_names)),
-            "measure_epochs": list(result.measure_epochs),
-            "pair_values": result.pair_values[definition],
-            "n_floored": result.n_floored[definition],
-            "n_nonfinite": result.n_nonfinite[definition],
-            "params": dict(result.config),
-            "seeds": list(result.seeds),
-            "reference_indices": [np.asarray(i) for i in result.reference_indices],
-            "source": result.source,
-            "versions": versions(),
-            "git_commit": git_commit(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": dict(result.seconds),
-        }
+        paths = result_paths(assets_dir, result.config["dataset"], definition)
+        details = details_of(result, definition)
         # the sidecar goes last: a complete set is recognisable by its presence
         written.append(save_pickle(result.pair_iters[definition], paths["pair_iters"]))
         written.append(save_pickle(result.metrics, paths["metrics"]))
         written.append(save_pickle(details, paths["details"]))
+    return written
+
+
+def plot_result(result, plots_dir="Plots") -> list:
+    """Every figure of every definition of an `ExperimentResult` under `plots_dir`."""
+    from .plots import plot_all
+
+    written = []
+    for definition in result.pair_iters:
+        written += plot_all(
+            result.pair_iters[definition],
+            result.metrics,
+            details_of(result, definition),
+            plots_dir=plots_dir,
+        )
     return written
 
 
@@ -151,3 +171,32 @@ def list_results(assets_dir="Assets") -> list:
             dataset, definition = dataset[: -len("_kl")], "kl_published"
         found.append((dataset, definition))
     return sorted(found)
+
+
+def summary_table(pair_iters, class_names=None, at=(0, -1)):
+    """Own-class vs cross-class S_rel per den class at chosen measurements (mean over runs).
+
+    Returns a pandas DataFrame indexed by the class of the updated point with columns
+    `own@<i>` (S_rel(d, d)) and `cross@<i>` (mean of S_rel(c, d) over c != d), one pair per
+    measurement index in `at`, and a last row `all` averaging the classes.
+    """
+    import pandas as pd
+
+    runs, n_classes, n_meas = check_pair_iters(pair_iters)
+    values = np.asarray(pair_iters, dtype=float)  # (runs, pairs, M)
+    names = list(class_names) if class_names else [f"class {c}" for c in range(n_classes)]
+    index = {pair: i for i, pair in enumerate(pair_order(n_classes))}
+    table = {}
+    for i in at:
+        i = i % n_meas
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN entries stay NaN
+            mean = np.nanmean(values[:, :, i], axis=0)  # (pairs,)
+            table[f"own@{i}"] = [mean[index[(d, d)]] for d in range(n_classes)]
+            table[f"cross@{i}"] = [
+                np.nanmean([mean[index[(c, d)]] for c in range(n_classes) if c != d])
+                for d in range(n_classes)
+            ]
+    frame = pd.DataFrame(table, index=pd.Index(names, name="updated class"))
+    frame.loc["all"] = frame.mean()
+    return frame

@@ -106,6 +106,29 @@ class ExperimentResult:
     seconds: dict = field(default_factory=dict)  # wall time: total, training, measurement
 
 
+def load_subset(config: ExperimentConfig):
+    """The config's classes and counts, loaded (raises before any training if anything is off)."""
+    return load_class_subset(
+        config.dataset,
+        config.classes,
+        config.train_per_class,
+        config.test_per_class,
+        data_root=config.data_root,
+        download=config.download,
+    )
+
+
+def describe_subset(subset) -> str:
+    def counts(labels):
+        per_class = torch.bincount(labels, minlength=len(subset.class_names)).tolist()
+        return f"{len(labels)} ({' / '.join(map(str, per_class))})"
+
+    return (
+        f"{subset.dataset}: {', '.join(subset.class_names)} | train {counts(subset.train_labels)}"
+        f" | test {counts(subset.test_labels)} | from {subset.source}"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # seeds
 
@@ -160,14 +183,7 @@ def run_experiment(
         verbose: one line per epoch and a progress bar over batches.
     """
     if subset is None:
-        subset = load_class_subset(
-            config.dataset,
-            config.classes,
-            config.train_per_class,
-            config.test_per_class,
-            data_root=config.data_root,
-            download=config.download,
-        )
+        subset = load_subset(config)
     n_classes = len(subset.class_names)
     device = pick_device(config.device)
     dtype = torch.float64 if config.measure_dtype == "float64" else None
