@@ -148,6 +148,50 @@ NOT_RUN = (
 )
 
 
+def replot_notebook():
+    cells = [
+        new_markdown_cell(
+            "# Replot from saved pickles\n\nRegenerates every classification figure from the "
+            "pickles in `assets_dir` without training: ours (with their `details_*` sidecar) and "
+            "pickles of the paper's published structure (`pair_iters_<dataset>_<definition>.pkl` "
+            "and `metrics_dictionary_<dataset>_<definition>.pkl` alone; epochs are then inferred "
+            "from the number of measurements per epoch)."
+        ),
+        new_code_cell("import utils"),
+        new_code_cell(
+            'assets_dir = "Assets"     # folder holding pair_iters_*.pkl / metrics_dictionary_*.pkl\n'
+            'plots_dir = "Plots"       # figures go to <plots_dir>/<DATASET>/<KL_Div|SuHe|...>/\n'
+            "only = None               # e.g. [\"cifar10_kl\"] to replot a subset; None: everything",
+            metadata={"tags": ["parameters"]},
+        ),
+        new_code_cell(
+            "found = [(ds, d) for ds, d in utils.list_results(assets_dir) if not only or f'{ds}_{d}' in only]\n"
+            "print(len(found), 'result sets:', ', '.join(f'{ds}/{d}' for ds, d in found))"
+        ),
+        new_code_cell(
+            "for dataset, definition in found:\n"
+            "    loaded = utils.load_results(assets_dir, dataset, definition)\n"
+            "    written = utils.plot_all(**loaded, plots_dir=plots_dir, dataset=dataset, definition=definition)\n"
+            "    names = (loaded['details'] or {}).get('class_names')\n"
+            "    print(f'{dataset}/{definition}: {len(written)} figures in {written[0].parent}')\n"
+            "    display(utils.summary_table(loaded['pair_iters'], names))"
+        ),
+        new_code_cell(
+            "for dataset, definition in found:\n"
+            "    loaded = utils.load_results(assets_dir, dataset, definition)\n"
+            "    display(utils.plot_s_rel_heatmap(loaded['details'] or loaded['pair_iters'],\n"
+            "                                     title=f'{dataset} {definition}'))"
+        ),
+    ]
+    return new_notebook(
+        cells=cells,
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        },
+    )
+
+
 def main():
     SCRIPTS.mkdir(exist_ok=True)
     notes = {}
@@ -166,6 +210,8 @@ def main():
         nb = classification_notebook(dataset, definition, notes.get(name, NOT_RUN))
         nbformat.write(nb, SCRIPTS / f"{name}.ipynb")
         print("wrote", SCRIPTS / f"{name}.ipynb")
+    nbformat.write(replot_notebook(), SCRIPTS / "Replot.ipynb")
+    print("wrote", SCRIPTS / "Replot.ipynb")
 
 
 if __name__ == "__main__":
