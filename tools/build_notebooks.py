@@ -192,6 +192,14 @@ def replot_notebook():
     )
 
 
+def write(nb, path: Path) -> None:
+    """Write with stable cell ids so that rebuilding an unchanged notebook changes no bytes."""
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"
+    nbformat.write(nb, path)
+    print("wrote", path)
+
+
 def main():
     SCRIPTS.mkdir(exist_ok=True)
     notes = {}
@@ -208,10 +216,8 @@ def main():
     }
     for name, (dataset, definition) in variants.items():
         nb = classification_notebook(dataset, definition, notes.get(name, NOT_RUN))
-        nbformat.write(nb, SCRIPTS / f"{name}.ipynb")
-        print("wrote", SCRIPTS / f"{name}.ipynb")
-    nbformat.write(replot_notebook(), SCRIPTS / "Replot.ipynb")
-    print("wrote", SCRIPTS / "Replot.ipynb")
+        write(nb, SCRIPTS / f"{name}.ipynb")
+    write(replot_notebook(), SCRIPTS / "Replot.ipynb")
 
 
 if __name__ == "__main__":
