@@ -48,3 +48,4 @@ from srel.plots import (
     plot_s_rel_curves,
     plot_s_rel_heatmap,
 )
+from srel import regression, theory  # closed forms under gradient flow; neural regression

@@ -16,6 +16,7 @@ this kernel form for every ordered pair of a probe set from per-sample gradients
 is the reference the kernel form is tested against.
 """
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import seaborn as sns
@@ -32,6 +33,18 @@ def _new_figure(**kwargs) -> Figure:
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)  # drawn without pyplot: nothing accumulates in pyplot's registry
     return fig
+
+
+@contextmanager
+def _torch_threads(n_threads):
+    """Run a block with n_threads intra-op threads (None: leave as is), restoring the setting."""
+    before = torch.get_num_threads()
+    if n_threads is not None:
+        torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,7 +72,7 @@ def make_teacher_regression(n_samples, dim, teacher_width=1, seed=0):
 
 
 def make_mlp(dim, width=64, depth=2, init_scale=1.0, seed=0) -> nn.Sequential:
-    """Fully connected ReLU net dim -> width (x depth) -> 1, PyTorch's default init times init_scale."""
+    """ReLU net dim -> width (x depth) -> 1 with PyTorch's default init times init_scale."""
     if dim < 1 or width < 1 or depth < 1 or init_scale <= 0:
         raise ValueError("Need dim, width, depth >= 1 and init_scale > 0.")
     torch.manual_seed(seed)
@@ -93,7 +106,9 @@ def _check_scalar(model, inputs):
     with torch.no_grad():
         out = model(inputs[:1])
     if out.numel() != 1:
-        raise ValueError(f"S_rel here needs a scalar-output model; got output shape {tuple(out.shape)}.")
+        raise ValueError(
+            f"S_rel here needs a scalar-output model; got output shape {tuple(out.shape)}."
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,12 +180,14 @@ def eval_schedule(n_steps, eval_every) -> np.ndarray:
     return np.unique(np.r_[0, early, np.arange(0, n_steps + 1, eval_every), n_steps])
 
 
-def train_tracking_s_rel(model, inputs, targets, probe, lr, n_steps, eval_every=10, verbose=False):
+def train_tracking_s_rel(model, inputs, targets, probe, lr, n_steps, eval_every=10, verbose=False,
+                         n_threads=1):
     """Full-batch gradient descent on 1/(2n) sum (f(x_i) - y_i)^2, measuring S_rel on `probe`.
 
     Args:
         model: scalar-output module (trained in place). inputs (n, dim), targets (n,).
         probe: (m, dim) points whose m (m - 1) ordered pairs are measured.
+        n_threads: torch intra-op threads while training (restored afterwards; None: as is).
     Returns:
         dict of numpy arrays over the M measurement steps: "steps", "loss" (full-batch training
         loss before that step), "median", "q25", "q75", "mean" of S_rel over the pairs.
@@ -179,6 +196,15 @@ def train_tracking_s_rel(model, inputs, targets, probe, lr, n_steps, eval_every=
         raise ValueError("inputs and targets must have the same length, probe >= 2 points, lr > 0.")
     schedule = set(eval_schedule(n_steps, eval_every).tolist())
     history = {k: [] for k in ("steps", "loss", "median", "q25", "q75", "mean")}
+    # NOTE: one thread by default - on tensors this small, two threads made training 6x and the
+    # per-sample gradients 40x slower on a 2-core machine.
+    with _torch_threads(n_threads):
+        _train_loop(model, inputs, targets, probe, lr, n_steps, schedule, history, eval_every,
+                    verbose)
+    return {k: np.asarray(v) for k, v in history.items()}
+
+
+def _train_loop(model, inputs, targets, probe, lr, n_steps, schedule, history, eval_every, verbose):
     start = time.time()
     for step in range(n_steps + 1):
         loss = 0.5 * ((model(inputs).squeeze(-1) - targets) ** 2).mean()
@@ -199,7 +225,6 @@ def train_tracking_s_rel(model, inputs, targets, probe, lr, n_steps, eval_every=
         with torch.no_grad():
             for param in model.parameters():
                 param -= lr * param.grad
-    return {k: np.asarray(v) for k, v in history.items()}
 
 
 def detect_phase_switch(steps, values, threshold=1e-4, window=5) -> dict:
@@ -239,64 +264,105 @@ def run_regression_phases(
     eval_every=10,
     threshold=1e-4,
     window=5,
-    seed=0,
+    seeds=(0, 1, 2),
     verbose=False,
 ) -> dict:
-    """Train an MLP and a linear model on the same teacher data, tracking S_rel; find the switch.
+    """Per seed: train an MLP and a linear model on teacher data, tracking S_rel; find the switch.
 
-    The probe set is the first n_probe training points. Returns a dict with "params", "mlp" and
-    "linear" (histories from `train_tracking_s_rel`), and "switch" = {"step", "index", "loss",
-    "median_at_switch", "median_start", "median_end", "rates"} for the MLP (median S_rel).
+    Each seed draws its own data, teacher and initialization; the probe set is the first n_probe
+    training points.
+
+    Returns:
+        dict with "params" and "runs", a list over seeds of {"seed", "mlp", "linear"
+        (histories from `train_tracking_s_rel`), "switch"}, where "switch" = {"step", "index",
+        "loss", "median_at_switch", "median_start", "median_end", "rates"} for the MLP's median
+        S_rel (step, index and loss are None when no switch is found).
     """
     if not 2 <= n_probe <= n_train:
         raise ValueError(f"Need 2 <= n_probe <= n_train; got n_probe={n_probe}, n_train={n_train}.")
+    if len(seeds) < 1:
+        raise ValueError("seeds must name at least one seed.")
     params = dict(
         dim=dim, n_train=n_train, n_probe=n_probe, teacher_width=teacher_width, width=width,
         depth=depth, init_scale=init_scale, lr=lr, n_steps=n_steps, eval_every=eval_every,
-        threshold=threshold, window=window, seed=seed,
+        threshold=threshold, window=window, seeds=tuple(seeds),
     )
-    inputs, targets = make_teacher_regression(n_train, dim, teacher_width, seed)
-    probe = inputs[:n_probe]
-    result = {"params": params}
-    for name, model in (("mlp", make_mlp(dim, width, depth, init_scale, seed)),
-                        ("linear", make_linear_model(dim, seed))):
-        if verbose:
-            print(f"-- {name}")
-        result[name] = train_tracking_s_rel(
-            model, inputs, targets, probe, lr, n_steps, eval_every, verbose
-        )
-    mlp = result["mlp"]
-    switch = detect_phase_switch(mlp["steps"], mlp["median"], threshold, window)
-    k = switch["index"]
-    result["switch"] = {
-        "step": switch["step"],
-        "index": k,
-        "loss": None if k is None else float(mlp["loss"][k]),
-        "median_at_switch": None if k is None else float(mlp["median"][k]),
-        "median_start": float(mlp["median"][0]),
-        "median_end": float(mlp["median"][-1]),
-        "rates": switch["rates"],
-    }
-    return result
+    detect_phase_switch([0, 1], [1.0, 1.0], threshold, window)  # bad settings fail before training
+    runs = []
+    for seed in seeds:
+        inputs, targets = make_teacher_regression(n_train, dim, teacher_width, seed)
+        probe = inputs[:n_probe]
+        run = {"seed": seed}
+        for name, model in (("mlp", make_mlp(dim, width, depth, init_scale, seed)),
+                            ("linear", make_linear_model(dim, seed))):
+            if verbose:
+                print(f"-- seed {seed}, {name}")
+            run[name] = train_tracking_s_rel(
+                model, inputs, targets, probe, lr, n_steps, eval_every, verbose
+            )
+        mlp = run["mlp"]
+        switch = detect_phase_switch(mlp["steps"], mlp["median"], threshold, window)
+        k = switch["index"]
+        run["switch"] = {
+            "step": switch["step"],
+            "index": k,
+            "loss": None if k is None else float(mlp["loss"][k]),
+            "median_at_switch": None if k is None else float(mlp["median"][k]),
+            "median_start": float(mlp["median"][0]),
+            "median_end": float(mlp["median"][-1]),
+            "rates": switch["rates"],
+        }
+        runs.append(run)
+    return {"params": params, "runs": runs}
+
+
+def summarize_regression_phases(result) -> dict:
+    """Switch step and loss, start/end median S_rel of both models: (mean, std) over seeds."""
+    runs = result["runs"]
+    found = [r["switch"] for r in runs if r["switch"]["step"] is not None]
+    summary = {"n_seeds": len(runs), "n_switches_found": len(found)}
+    for key, values in (
+        ("switch_step", [s["step"] for s in found]),
+        ("switch_loss", [s["loss"] for s in found]),
+        ("mlp_median_start", [r["mlp"]["median"][0] for r in runs]),
+        ("mlp_median_min", [r["mlp"]["median"].min() for r in runs]),
+        ("mlp_median_end", [r["mlp"]["median"][-1] for r in runs]),
+        ("mlp_loss_end", [r["mlp"]["loss"][-1] for r in runs]),
+        ("linear_median_start", [r["linear"]["median"][0] for r in runs]),
+        ("linear_median_end", [r["linear"]["median"][-1] for r in runs]),
+        ("linear_loss_end", [r["linear"]["loss"][-1] for r in runs]),
+    ):
+        values = np.asarray(values, dtype=float)
+        summary[key] = (float(values.mean()), float(values.std())) if values.size else None
+    return summary
 
 
 def plot_regression_phases(result) -> Figure:
-    """Training loss and S_rel (median, interquartile band) of the MLP and the linear model."""
-    params, switch = result["params"], result["switch"]
+    """Training loss and median S_rel per seed for the MLP and the linear model.
+
+    The interquartile band over pairs is drawn for the first seed; dotted lines mark switches.
+    """
+    params, runs = result["params"], result["runs"]
     fig = _new_figure(figsize=(13, 4.5), layout="constrained")
     ax_loss, ax_s = fig.subplots(1, 2, sharex=True)
     colors = dict(zip(("mlp", "linear"), sns.color_palette("deep", 2)))
     labels = {"mlp": f"ReLU MLP ({params['depth']} x {params['width']})", "linear": "linear model"}
-    for name in ("mlp", "linear"):
-        hist = result[name]
-        steps = hist["steps"] + 1  # log axis: step 0 is drawn at 1
-        ax_loss.plot(steps, hist["loss"], color=colors[name], label=labels[name])
-        ax_s.plot(steps, hist["median"], color=colors[name], label=f"{labels[name]}: median")
-        ax_s.fill_between(steps, hist["q25"], hist["q75"], color=colors[name], alpha=0.2, lw=0)
-    if switch["step"] is not None:
-        for ax in (ax_loss, ax_s):
-            ax.axvline(switch["step"] + 1, color="0.3", ls=":",
-                       label=f"detected switch: step {switch['step']}")
+    for n, run in enumerate(runs):
+        for name in ("mlp", "linear"):
+            hist = run[name]
+            steps = hist["steps"] + 1  # log axis: step 0 is drawn at 1
+            label = labels[name] if n == 0 else None
+            ax_loss.plot(steps, hist["loss"], color=colors[name], label=label, lw=1.4)
+            ax_s.plot(steps, hist["median"], color=colors[name], lw=1.4,
+                      label=None if label is None else f"{label}: median over pairs")
+            if n == 0:
+                ax_s.fill_between(steps, hist["q25"], hist["q75"], color=colors[name],
+                                  alpha=0.15, lw=0, label=f"{labels[name]}: quartiles (seed 0)")
+        step = run["switch"]["step"]
+        if step is not None:
+            for ax in (ax_loss, ax_s):
+                ax.axvline(step + 1, color="0.3", ls=":", lw=1,
+                           label="detected switch" if n == 0 else None)
     ax_loss.set_yscale("log")
     ax_loss.set_ylabel("training loss 1/(2n) sum (f - y)^2")
     ax_s.set_ylabel(S_REL_LABEL + f" over {params['n_probe']}x{params['n_probe'] - 1} probe pairs")
@@ -305,7 +371,8 @@ def plot_regression_phases(result) -> Figure:
         ax.set_xlabel("gradient descent step + 1")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    ax_s.set_title("median and interquartile range over pairs")
     ax_loss.set_title(f"teacher width {params['teacher_width']}, dim {params['dim']}, "
                       f"lr {params['lr']}, init scale {params['init_scale']}")
+    ax_s.set_title(f"{len(runs)} seeds; switch: rate < {params['threshold']:g}/step "
+                   f"for {params['window']} measurements")
     return fig
