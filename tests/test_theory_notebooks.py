@@ -11,14 +11,14 @@ SCRIPTS = REPO_ROOT / "Scripts"
 
 TINY = {
     "Theory_Random_Features": dict(
-        N_FEATURES=[4], N_PER_CLASS=30, DIM=5, N_TIMES=6, N_RUNS=2, N_PAIRS=3, T_MAX=1e6
+        n_features=[4], n_per_class=30, dim=5, n_times=6, n_runs=2, n_pairs=3, t_max=1e6
     ),
     "Theory_ReLU_Homogeneous": dict(
-        GATE_DIM=3, GATE_N_TRAIN=20, GATE_ANGLES=[60, 150], HOM_DIM=6, HOM_RELEVANT=2,
-        HOM_DEGREES=[1, 3], HOM_INIT_SCALES=[0.1], N_PAIRS=3, N_TIMES=8,
+        gate_dim=3, gate_n_train=20, gate_angles=[60, 150], hom_dim=6, hom_relevant=2,
+        hom_degrees=[1, 3], hom_init_scales=[0.1], n_pairs=3, n_times=8,
     ),
     "Regression_Phases": dict(
-        DIM=3, N_TRAIN=32, N_PROBE=5, WIDTH=8, N_STEPS=40, EVAL_EVERY=10, SEEDS=[0]
+        dim=3, n_train=32, n_probe=5, width=8, n_steps=40, eval_every=10, seeds=[0]
     ),
 }
 OUTPUTS = {
@@ -82,7 +82,7 @@ def test_notebook_runs_tiny(name, tmp_path):
     pm.execute_notebook(
         str(SCRIPTS / f"{name}.ipynb"),
         str(tmp_path / f"{name}.out.ipynb"),
-        parameters={**TINY[name], "ASSETS_DIR": str(assets), "PLOTS_DIR": str(plots)},
+        parameters={**TINY[name], "assets_dir": str(assets), "plots_dir": str(plots)},
         cwd=str(tmp_path),
         progress_bar=False,
         kernel_name="python3",

@@ -85,22 +85,22 @@ other, in both directions; curves are mean $\pm$ std over runs that redraw $W$ a
 $V_0 \sim N(0, 1/p)$ (the data and the reference points are fixed)."""
 
 RF_PARAMETERS = """\
-N_FEATURES   = [10, 100]     # p, random features per run (paper: 10 and 100)
-N_PER_CLASS  = 1000          # points per class (paper: 1000)
-DIM          = 100           # input dimension (paper: 100)
-CLASS_MEANS  = [1.0, 9.0]    # per-coordinate mean of class 0, class 1
-CLASS_STDS   = [2.0, 1.0]    # per-coordinate sd of class 0, class 1
-RIDGE        = 1.0           # lambda of the paper's run
-STRONG_RIDGE = 1e4           # lambda of the second run, where the ridge term matters
-THETA        = 1e-3          # flow rate theta^2 = 1e-6 (paper: theta = 0.001)
-T_MIN        = 1.0           # first flow time shown (log axis)
-T_MAX        = 1e8           # last flow time (the lambda = 1 flow has converged by ~1e7)
-N_TIMES      = 65            # log-spaced times
-N_RUNS       = 10            # random initializations (W and V0)
-N_PAIRS      = 20            # reference points per class: S_rel over N_PAIRS x N_PAIRS pairs
-SEED         = 0
-ASSETS_DIR   = "Assets"      # relative paths are relative to the repository root
-PLOTS_DIR    = "Plots\""""
+n_features   = [10, 100]     # p, random features per run (paper: 10 and 100)
+n_per_class  = 1000          # points per class (paper: 1000)
+dim          = 100           # input dimension (paper: 100)
+class_means  = [1.0, 9.0]    # per-coordinate mean of class 0, class 1
+class_stds   = [2.0, 1.0]    # per-coordinate sd of class 0, class 1
+ridge        = 1.0           # lambda of the paper's run
+strong_ridge = 1e4           # lambda of the second run, where the ridge term matters
+theta        = 1e-3          # flow rate theta^2 = 1e-6 (paper: theta = 0.001)
+t_min        = 1.0           # first flow time shown (log axis)
+t_max        = 1e8           # last flow time (the lambda = 1 flow has converged by ~1e7)
+n_times      = 65            # log-spaced times
+n_runs       = 10            # random initializations (W and V0)
+n_pairs      = 20            # reference points per class: S_rel over n_pairs x n_pairs pairs
+seed         = 0
+assets_dir   = "Assets"      # relative paths are relative to the repository root
+plots_dir    = "Plots\""""
 
 RF_NOTE = r"""## What we saw
 (defaults: the paper's data, $p \in \{10, 100\}$, $\theta = 10^{-3}$, 10 runs)
@@ -111,9 +111,9 @@ RF_NOTE = r"""## What we saw
 def random_features_notebook(note: str):
     run = (
         "{name} = theory.run_random_features(\n"
-        "    n_features=N_FEATURES, n_per_class=N_PER_CLASS, dim=DIM, means=CLASS_MEANS,\n"
-        "    stds=CLASS_STDS, ridge={ridge}, theta=THETA, times=TIMES, n_runs=N_RUNS,\n"
-        "    n_pairs=N_PAIRS, seed=SEED,\n"
+        "    n_features=n_features, n_per_class=n_per_class, dim=dim, means=class_means,\n"
+        "    stds=class_stds, ridge={ridge}, theta=theta, times=TIMES, n_runs=n_runs,\n"
+        "    n_pairs=n_pairs, seed=seed,\n"
         ")"
     )
     return notebook([
@@ -122,31 +122,31 @@ def random_features_notebook(note: str):
         parameters_cell(RF_PARAMETERS),
         new_markdown_cell(RF_DERIVATION),
         new_markdown_cell("## Run the closed-form flow (paper's ridge, then a strong ridge)"),
-        new_code_cell("TIMES = np.geomspace(T_MIN, T_MAX, N_TIMES)\n"
-                      + run.format(name="paper", ridge="RIDGE")),
-        new_code_cell(run.format(name="strong", ridge="STRONG_RIDGE")),
+        new_code_cell("TIMES = np.geomspace(t_min, t_max, n_times)\n"
+                      + run.format(name="paper", ridge="ridge")),
+        new_code_cell(run.format(name="strong", ridge="strong_ridge")),
         new_code_cell(
             "summaries = {name: theory.summarize_random_features(result)\n"
             "             for name, result in ((\"paper\", paper), (\"strong_ridge\", strong))}\n"
             "io.save_pickle(\n"
             "    {\"paper\": paper, \"strong_ridge\": strong,\n"
             "     \"summary\": {k: v.to_dict(\"records\") for k, v in summaries.items()}},\n"
-            "    Path(ASSETS_DIR) / \"theory_random_features.pkl\",\n"
+            "    Path(assets_dir) / \"theory_random_features.pkl\",\n"
             ")"
         ),
-        new_markdown_cell(r"## $\lambda$ = RIDGE (the paper's setting)"),
+        new_markdown_cell(r"## $\lambda$ = ridge (the paper's setting)"),
         new_code_cell("summaries[\"paper\"]"),
         new_code_cell(
             "fig = theory.plot_random_features(paper)\n"
-            "io.save_figure(fig, Path(PLOTS_DIR) / \"Theory\" / \"random_features_paper.png\")\n"
+            "io.save_figure(fig, Path(plots_dir) / \"Theory\" / \"random_features_paper.png\")\n"
             "fig"
         ),
-        new_markdown_cell(r"## $\lambda$ = STRONG_RIDGE"),
+        new_markdown_cell(r"## $\lambda$ = strong_ridge"),
         new_code_cell("summaries[\"strong_ridge\"]"),
         new_code_cell(
             "fig = theory.plot_random_features(strong)\n"
             "io.save_figure(\n"
-            "    fig, Path(PLOTS_DIR) / \"Theory\" / \"random_features_strong_ridge.png\"\n"
+            "    fig, Path(plots_dir) / \"Theory\" / \"random_features_strong_ridge.png\"\n"
             ")\n"
             "fig"
         ),
@@ -235,28 +235,28 @@ For $d = 1$, $m \equiv 1$ and $S_{\rm rel}$ never changes. For $d \ge 2$, $m_j \
 $m_j \sim 1 / (2d(d-1)\sigma^2 t) \to 0$: $S_{\rm rel}$ becomes the similarity of $x$ and $x'$
 restricted to the relevant features.
 
-**Setting.** $\sigma^2 = 1$; $\beta^* = 1$ on the first HOM_RELEVANT coordinates and 0 on the
-rest; $u_0 = \alpha \mathbf 1$. Reference classes: class 0 has mean HOM_CLASS_MEAN on the first
+**Setting.** $\sigma^2 = 1$; $\beta^* = 1$ on the first hom_relevant coordinates and 0 on the
+rest; $u_0 = \alpha \mathbf 1$. Reference classes: class 0 has mean hom_class_mean on the first
 half of the relevant coordinates, class 1 on the second half, both plus $N(0, 1)$ noise on all
 coordinates. $x$ from class 0; $x'$ from class 0 ("intra") or class 1 ("inter")."""
 
 RH_PARAMETERS = """\
-GATE_DIM        = 10               # input dimension of the ReLU gate
-GATE_N_TRAIN    = 200              # training points, x ~ N(0, I), y = ReLU(x_1)
-GATE_ANGLES     = [30, 90, 150]    # initial angle between w0 and the teacher, degrees
-GATE_INIT_NORM  = 0.5              # |w0|
-GATE_T_MAX      = 1e2              # last flow time (first: 1e-2)
-HOM_DIM         = 50               # coordinates of u
-HOM_RELEVANT    = 4                # coordinates with beta* = 1 (the rest 0)
-HOM_DEGREES     = [1, 2, 3]        # homogeneity degrees d
-HOM_INIT_SCALES = [0.1, 0.01]      # u0 = alpha * 1
-HOM_CLASS_MEAN  = 3.0              # class mean on its half of the relevant coordinates
-HOM_T_MAX       = 1e5              # last flow time (first: 1e-2)
-N_PAIRS         = 20               # S_rel over N_PAIRS x N_PAIRS pairs
-N_TIMES         = 151              # log-spaced times
-SEED            = 0
-ASSETS_DIR      = "Assets"         # relative paths are relative to the repository root
-PLOTS_DIR       = "Plots\""""
+gate_dim        = 10               # input dimension of the ReLU gate
+gate_n_train    = 200              # training points, x ~ N(0, I), y = ReLU(x_1)
+gate_angles     = [30, 90, 150]    # initial angle between w0 and the teacher, degrees
+gate_init_norm  = 0.5              # |w0|
+gate_t_max      = 1e2              # last flow time (first: 1e-2)
+hom_dim         = 50               # coordinates of u
+hom_relevant    = 4                # coordinates with beta* = 1 (the rest 0)
+hom_degrees     = [1, 2, 3]        # homogeneity degrees d
+hom_init_scales = [0.1, 0.01]      # u0 = alpha * 1
+hom_class_mean  = 3.0              # class mean on its half of the relevant coordinates
+hom_t_max       = 1e5              # last flow time (first: 1e-2)
+n_pairs         = 20               # S_rel over n_pairs x n_pairs pairs
+n_times         = 151              # log-spaced times
+seed            = 0
+assets_dir      = "Assets"         # relative paths are relative to the repository root
+plots_dir       = "Plots\""""
 
 RH_NOTE = r"""## What we saw (defaults)
 
@@ -271,31 +271,31 @@ def relu_homogeneous_notebook(note: str):
         new_markdown_cell(RH_GATE),
         new_code_cell(
             "gate = theory.run_relu_gate(\n"
-            "    dim=GATE_DIM, n_train=GATE_N_TRAIN, init_angles_deg=GATE_ANGLES,\n"
-            "    init_norm=GATE_INIT_NORM, n_pairs=N_PAIRS, seed=SEED,\n"
-            "    times=np.geomspace(1e-2, GATE_T_MAX, N_TIMES),\n"
+            "    dim=gate_dim, n_train=gate_n_train, init_angles_deg=gate_angles,\n"
+            "    init_norm=gate_init_norm, n_pairs=n_pairs, seed=seed,\n"
+            "    times=np.geomspace(1e-2, gate_t_max, n_times),\n"
             ")\n"
             "gate_summary = theory.summarize_relu_gate(gate)\n"
             "gate_summary"
         ),
         new_code_cell(
             "fig = theory.plot_relu_gate(gate)\n"
-            "io.save_figure(fig, Path(PLOTS_DIR) / \"Theory\" / \"relu_gate.png\")\n"
+            "io.save_figure(fig, Path(plots_dir) / \"Theory\" / \"relu_gate.png\")\n"
             "fig"
         ),
         new_markdown_cell(RH_HOMOGENEOUS),
         new_code_cell(
             "homogeneous = theory.run_homogeneous(\n"
-            "    dim=HOM_DIM, n_relevant=HOM_RELEVANT, degrees=HOM_DEGREES,\n"
-            "    init_scales=HOM_INIT_SCALES, class_mean=HOM_CLASS_MEAN, n_pairs=N_PAIRS,\n"
-            "    times=np.geomspace(1e-2, HOM_T_MAX, N_TIMES), seed=SEED,\n"
+            "    dim=hom_dim, n_relevant=hom_relevant, degrees=hom_degrees,\n"
+            "    init_scales=hom_init_scales, class_mean=hom_class_mean, n_pairs=n_pairs,\n"
+            "    times=np.geomspace(1e-2, hom_t_max, n_times), seed=seed,\n"
             ")\n"
             "homogeneous_summary = theory.summarize_homogeneous(homogeneous)\n"
             "homogeneous_summary"
         ),
         new_code_cell(
             "fig = theory.plot_homogeneous(homogeneous)\n"
-            "io.save_figure(fig, Path(PLOTS_DIR) / \"Theory\" / \"homogeneous.png\")\n"
+            "io.save_figure(fig, Path(plots_dir) / \"Theory\" / \"homogeneous.png\")\n"
             "fig"
         ),
         new_code_cell(
@@ -303,7 +303,7 @@ def relu_homogeneous_notebook(note: str):
             "    {\"relu_gate\": gate, \"homogeneous\": homogeneous,\n"
             "     \"summary\": {\"relu_gate\": gate_summary.to_dict(\"records\"),\n"
             "                 \"homogeneous\": homogeneous_summary.to_dict(\"records\")}},\n"
-            "    Path(ASSETS_DIR) / \"theory_relu_homogeneous.pkl\",\n"
+            "    Path(assets_dir) / \"theory_relu_homogeneous.pkl\",\n"
             ")"
         ),
         new_markdown_cell(RH_NOTE.replace("{note}", note)),
@@ -326,40 +326,40 @@ REG_METHOD = r"""## Task, measurement and switch rule
 $y = a\,\mathrm{ReLU}(b \cdot x)$, standardised. The target depends on a single direction of
 input space that the network has to find, so its tangent kernel must move away from its value
 at initialization (feature learning); a linear model cannot fit it, and its tangent kernel
-$x \cdot x' + 1$ never moves. A wider teacher (TEACHER_WIDTH) spreads the target over more
+$x \cdot x' + 1$ never moves. A wider teacher (teacher_width) spreads the target over more
 directions.
 
-**Model.** ReLU MLP DEPTH x WIDTH with PyTorch's default initialization scaled by INIT_SCALE;
-full-batch gradient descent on $\frac{1}{2n} \sum_i (f(x_i) - y_i)^2$ with step LR.
+**Model.** ReLU MLP depth x width with PyTorch's default initialization scaled by init_scale;
+full-batch gradient descent on $\frac{1}{2n} \sum_i (f(x_i) - y_i)^2$ with step lr.
 
 **$S_{\rm rel}$.** For a step of size $\eta$ on $\ell_x = \frac12 (f(x) - y)^2$, to first order
 $f(x'; w^+) - f(x'; w) = -\eta\, (f(x) - y)\, K(x', x)$ with the tangent kernel
 $K(x', x) = \langle \nabla_w f(x'), \nabla_w f(x) \rangle$, so
 $S_{\rm rel}(x, x') = |K(x, x')| / K(x, x)$: the residual cancels. We compute it for all
-$N_{\rm probe}(N_{\rm probe} - 1)$ ordered pairs of the first N_PROBE training points from
+$N_{\rm probe}(N_{\rm probe} - 1)$ ordered pairs of the first n_probe training points from
 per-sample gradients (`torch.func`); the tests check it against an explicit small SGD step.
 
 **Switch rule.** With $m_k$ the median of $S_{\rm rel}$ over pairs at measured step $s_k$, the
 relative rate is $\rho_k = |m_{k+1} - m_k| / (|m_k| (s_{k+1} - s_k))$ per step. The switch is the
-first $s_k$ from which WINDOW consecutive rates are all below THRESHOLD (default $10^{-4}$:
+first $s_k$ from which window consecutive rates are all below threshold (default $10^{-4}$:
 less than 1% change per 100 steps, over 5 measurements = 50 steps)."""
 
 REG_PARAMETERS = """\
-DIM           = 5              # input dimension
-N_TRAIN       = 256            # training points (full batch)
-N_PROBE       = 48             # probe points: S_rel over N_PROBE * (N_PROBE - 1) ordered pairs
-TEACHER_WIDTH = 1              # hidden ReLU units of the teacher
-WIDTH         = 64             # hidden units per layer of the MLP
-DEPTH         = 2              # hidden layers
-INIT_SCALE    = 0.5            # multiplies PyTorch's default initialization
-LR            = 0.05           # gradient-descent step
-N_STEPS       = 3000           # gradient-descent steps
-EVAL_EVERY    = 10             # steps between S_rel measurements (plus a few early ones)
-THRESHOLD     = 1e-4           # switch: relative change of median S_rel per step below this...
-WINDOW        = 5              # ...for this many consecutive measurements
-SEEDS         = [0, 1, 2, 3, 4]  # one run per seed: data, teacher and initialization
-ASSETS_DIR    = "Assets"       # relative paths are relative to the repository root
-PLOTS_DIR     = "Plots\""""
+dim           = 5              # input dimension
+n_train       = 256            # training points (full batch)
+n_probe       = 48             # probe points: S_rel over n_probe * (n_probe - 1) ordered pairs
+teacher_width = 1              # hidden ReLU units of the teacher
+width         = 64             # hidden units per layer of the MLP
+depth         = 2              # hidden layers
+init_scale    = 0.5            # multiplies PyTorch's default initialization
+lr            = 0.05           # gradient-descent step
+n_steps       = 3000           # gradient-descent steps
+eval_every    = 10             # steps between S_rel measurements (plus a few early ones)
+threshold     = 1e-4           # switch: relative change of median S_rel per step below this...
+window        = 5              # ...for this many consecutive measurements
+seeds         = [0, 1, 2, 3, 4]  # one run per seed: data, teacher and initialization
+assets_dir    = "Assets"       # relative paths are relative to the repository root
+plots_dir     = "Plots\""""
 
 REG_NOTE = r"""## What we saw (defaults)
 
@@ -378,13 +378,13 @@ def regression_notebook(note: str):
         new_markdown_cell(REG_METHOD),
         new_code_cell(
             "result = regression.run_regression_phases(\n"
-            "    dim=DIM, n_train=N_TRAIN, n_probe=N_PROBE, teacher_width=TEACHER_WIDTH,\n"
-            "    width=WIDTH, depth=DEPTH, init_scale=INIT_SCALE, lr=LR, n_steps=N_STEPS,\n"
-            "    eval_every=EVAL_EVERY, threshold=THRESHOLD, window=WINDOW, seeds=SEEDS,\n"
+            "    dim=dim, n_train=n_train, n_probe=n_probe, teacher_width=teacher_width,\n"
+            "    width=width, depth=depth, init_scale=init_scale, lr=lr, n_steps=n_steps,\n"
+            "    eval_every=eval_every, threshold=threshold, window=window, seeds=seeds,\n"
             ")\n"
             "summary = regression.summarize_regression_phases(result)\n"
             "io.save_pickle({**result, \"summary\": summary},\n"
-            "               Path(ASSETS_DIR) / \"regression_phases.pkl\")"
+            "               Path(assets_dir) / \"regression_phases.pkl\")"
         ),
         new_code_cell("pd.Series(summary)"),
         new_code_cell(
@@ -393,7 +393,7 @@ def regression_notebook(note: str):
         ),
         new_code_cell(
             "fig = regression.plot_regression_phases(result)\n"
-            "io.save_figure(fig, Path(PLOTS_DIR) / \"Regression\" / \"regression_phases.png\")\n"
+            "io.save_figure(fig, Path(plots_dir) / \"Regression\" / \"regression_phases.png\")\n"
             "fig"
         ),
         new_markdown_cell(REG_NOTE.replace("{note}", note)),
