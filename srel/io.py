@@ -1,15 +1,23 @@
 """File I/O shared by every experiment: repository paths, atomic writes, checked reads.
 
-Every output is written to a temporary file in the destination folder, flushed to disk and then
-renamed over the target (`os.replace` is atomic on POSIX), so a reader never sees a half-written
-file and a good file is never replaced by a broken one.
+Every output is written to a temporary file `.<name>.<host>-<pid>.<random>.tmp` in the destination
+folder, flushed to disk and then renamed over the target (`os.replace` is atomic on POSIX), so a
+reader never sees a half-written file and a good file is never replaced by a broken one. A process
+killed mid-write leaves only its temporary file; the next write to that folder removes it.
 """
 import os
 import pickle
+import re
+import socket
 import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# NOTE: os.umask can only be read by setting it; done once at import, before any threads write.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_TMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<host>\w+)-(?P<pid>\d+)\.\w+\.tmp")
 
 
 class ResultFileError(RuntimeError):
@@ -26,14 +34,57 @@ def resolve_path(path) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temporary file in the same folder, fsync, rename)."""
+def _host() -> str:
+    return re.sub(r"\W", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_orphaned_temporaries(folder) -> list:
+    """Delete temporary files left in `folder` by writers on this host that no longer run.
+
+    Temporaries of live processes (another write in progress) and of other hosts (a shared
+    network folder) are kept. Returns the paths removed.
+    """
+    # NOTE: POSIX only - on Windows os.kill(pid, 0) would send CTRL_C_EVENT, not test existence.
+    if os.name != "posix":
+        return []
+    host, own, removed = _host(), os.getpid(), []
+    for path in Path(folder).glob(".*.tmp"):
+        match = _TMP_NAME.fullmatch(path.name)
+        if not match or match["host"] != host:
+            continue
+        pid = int(match["pid"])
+        if pid != own and not _pid_alive(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def atomic_write(path, write) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it to `path`.
+
+    The file gets the permissions a plain `open` would give (0o666 less the umask), not the
+    0o600 of `tempfile.mkstemp`. Returns the absolute path written.
+    """
     path = resolve_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_orphaned_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,7 +92,26 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (survives a power cut, not only a killed process)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder; the rename still happened
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temporary file in the same folder, fsync, rename)."""
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def save_pickle(obj, path) -> Path:

@@ -15,6 +15,7 @@ The first two match the structure of the paper's published pickles, so analysis 
 for those loads ours unchanged.
 """
 import datetime
+import hashlib
 import math
 import platform
 import subprocess
@@ -95,9 +96,11 @@ def save_results(result, assets_dir="Assets") -> list:
     for definition in result.pair_iters:
         paths = result_paths(assets_dir, result.config["dataset"], definition)
         details = details_of(result, definition)
-        # the sidecar goes last: a complete set is recognisable by its presence
+        # the sidecar goes last and records the others' hashes: a set mixed by an interrupted
+        # save (new pair_iters beside an old sidecar, say) is caught by load_results
         written.append(save_pickle(result.pair_iters[definition], paths["pair_iters"]))
         written.append(save_pickle(result.metrics, paths["metrics"]))
+        details["sha256"] = {key: _sha256(paths[key]) for key in ("pair_iters", "metrics")}
         written.append(save_pickle(details, paths["details"]))
     return written
 
@@ -115,6 +118,10 @@ def plot_result(result, plots_dir="Plots") -> list:
             plots_dir=plots_dir,
         )
     return written
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_pair_iters(pair_iters, path="pair_iters") -> tuple:
@@ -152,6 +159,12 @@ def load_results(assets_dir="Assets", dataset="digits", definition="kl") -> dict
     check_metrics(metrics, paths["metrics"])
     details = load_pickle(paths["details"]) if paths["details"].is_file() else None
     if details is not None:
+        for key, digest in details.get("sha256", {}).items():
+            if _sha256(paths[key]) != digest:
+                raise ResultFileError(
+                    f"{paths[key]} is not the file {paths['details'].name} was saved with (an "
+                    f"interrupted save mixed two runs' files); rerun the notebook that writes them."
+                )
         shape = np.shape(details.get("pair_values"))
         if shape[:4] != (runs, n_measurements, n_classes, n_classes):
             raise ResultFileError(
