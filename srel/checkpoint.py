@@ -55,6 +55,13 @@ class CheckpointStore:
 
     def __init__(self, folder, params: dict):
         self.folder = resolve_path(folder)
+        # a file in the way would only fail at the first save, after a whole epoch of training
+        existing = next(f for f in (self.folder, *self.folder.parents) if f.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(
+                f"checkpoint folder {self.folder} cannot be made: {existing} is a file. Pass "
+                f"another checkpoint_dir, or None to turn checkpoints off."
+            )
         self.params = params
         self.tag = params_tag(params)
 

@@ -92,7 +92,8 @@ def _resolve_classes(spec: DatasetSpec, classes) -> list[int]:
     """Names or integer labels -> official integer labels, in the given order."""
     if classes is None:
         classes = spec.default_classes
-    if isinstance(classes, (str, int)):
+    if isinstance(classes, (str, int, set, frozenset, dict)) or not hasattr(classes, "__iter__"):
+        # NOTE: sets and dicts are refused because their order (hence label k) is not the user's
         raise ValueError(f"classes must be a list of class names or labels, got {classes!r}")
     labels = []
     for c in classes:
@@ -224,8 +225,13 @@ def _read_png(path: Path) -> np.ndarray:
     """One 32x32 image file as uint8 (3, 32, 32)."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("RGB"))  # (H, W, 3)
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("RGB"))  # (H, W, 3)
+    except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise ValueError(
+            f"{path} is not a readable PNG image ({exc}); remove or replace it."
+        ) from None
     if arr.shape != (32, 32, 3):
         raise ValueError(f"{path}: expected a 32x32 image, got {arr.shape[1::-1]}")
     return arr.transpose(2, 0, 1)
@@ -242,6 +248,9 @@ def _load_imagefolder(dataset, root, n_train, n_test, names):
                     f"{root} (expected {folder}/*.png)"
                 )
             pngs = sorted(folder.glob("*.png"), key=lambda p: p.name)
+            if not pngs:
+                raise ValueError(f"{dataset} {split}: no *.png files in {folder} (only PNG images "
+                                 f"are read); convert the images there to PNG.")
             _check_available(dataset, split, name, n, len(pngs))
             files[split, name] = pngs[:n]
     out = []

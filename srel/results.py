@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .elasticity import pair_order
+from .elasticity import DEFINITIONS, pair_order
 from .io import REPO_ROOT, ResultFileError, load_pickle, resolve_path, save_pickle
 
 METRIC_KEYS = ("train_accs", "train_losses", "test_accs", "test_losses")
@@ -126,8 +126,14 @@ def _sha256(path) -> str:
 
 def check_pair_iters(pair_iters, path="pair_iters") -> tuple:
     """Validate the published structure; returns (runs, n_classes, n_measurements)."""
-    if not isinstance(pair_iters, list) or not pair_iters or not isinstance(pair_iters[0], list):
-        raise ResultFileError(f"{path}: expected a non-empty list over runs of lists over class pairs.")
+    if (not isinstance(pair_iters, list) or not pair_iters
+            or not all(isinstance(run, list) for run in pair_iters)
+            or not all(isinstance(series, (list, tuple, np.ndarray))
+                       for run in pair_iters for series in run)):
+        raise ResultFileError(
+            f"{path}: expected a non-empty list over runs of lists over class pairs of lists of "
+            f"S_rel values over measurements."
+        )
     n_pairs = len(pair_iters[0])
     n_classes = math.isqrt(n_pairs)
     if n_classes < 2 or n_classes * n_classes != n_pairs:
@@ -135,12 +141,32 @@ def check_pair_iters(pair_iters, path="pair_iters") -> tuple:
     lengths = {len(series) for run in pair_iters for series in run}
     if any(len(run) != n_pairs for run in pair_iters) or len(lengths) != 1:
         raise ResultFileError(f"{path}: runs differ in their number of pairs or measurements.")
-    return len(pair_iters), n_classes, lengths.pop()
+    n_measurements = lengths.pop()
+    if n_measurements == 0:
+        raise ResultFileError(f"{path}: holds no measurements.")
+    try:
+        np.asarray(pair_iters, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ResultFileError(f"{path}: S_rel values must be numbers ({exc}).") from None
+    return len(pair_iters), n_classes, n_measurements
 
 
 def check_metrics(metrics, path="metrics") -> None:
     if not isinstance(metrics, dict) or set(METRIC_KEYS) - set(metrics):
         raise ResultFileError(f"{path}: expected a dict with keys {METRIC_KEYS}.")
+    for key in METRIC_KEYS:
+        runs = metrics[key]
+        try:
+            ok = isinstance(runs, list) and bool(runs) and all(
+                np.asarray(run, dtype=float).ndim == 1 for run in runs
+            )
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ResultFileError(
+                f"{path}: {key!r} must be a non-empty list over runs of per-epoch numbers, got "
+                f"{runs!r:.80}."
+            )
 
 
 def load_results(assets_dir="Assets", dataset="digits", definition="kl") -> dict:
@@ -158,6 +184,11 @@ def load_results(assets_dir="Assets", dataset="digits", definition="kl") -> dict
     metrics = load_pickle(paths["metrics"])
     check_metrics(metrics, paths["metrics"])
     details = load_pickle(paths["details"]) if paths["details"].is_file() else None
+    if details is not None and not isinstance(details, dict):
+        raise ResultFileError(
+            f"{paths['details']}: expected the sidecar dict of a run, got "
+            f"{type(details).__name__}; delete it (the other two pickles load without it)."
+        )
     if details is not None:
         for key, digest in details.get("sha256", {}).items():
             if _sha256(paths[key]) != digest:
@@ -176,13 +207,29 @@ def load_results(assets_dir="Assets", dataset="digits", definition="kl") -> dict
 
 
 def list_results(assets_dir="Assets") -> list:
-    """(dataset, definition) of every pair_iters pickle in the folder, sorted."""
-    found = []
-    for path in Path(resolve_path(assets_dir)).glob("pair_iters_*.pkl"):
+    """(dataset, definition) of every pair_iters pickle in the folder, sorted.
+
+    Files whose name ends in no known definition (a renamed copy such as
+    pair_iters_cifar10_kl_old.pkl) are skipped with a warning naming them.
+    """
+    folder = Path(resolve_path(assets_dir))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"assets folder {folder} is not a folder; check assets_dir.")
+    found, skipped = [], []
+    for path in folder.glob("pair_iters_*.pkl"):
         dataset, _, definition = path.stem[len("pair_iters_"):].rpartition("_")
         if definition == "published" and dataset.endswith("_kl"):
             dataset, definition = dataset[: -len("_kl")], "kl_published"
-        found.append((dataset, definition))
+        if dataset and definition in DEFINITIONS:
+            found.append((dataset, definition))
+        else:
+            skipped.append(path.name)
+    if skipped:
+        warnings.warn(
+            f"{folder}: skipped {sorted(skipped)}: not named pair_iters_<dataset>_<definition>.pkl "
+            f"with a definition in {DEFINITIONS}.",
+            stacklevel=2,
+        )
     return sorted(found)
 
 

@@ -6,6 +6,8 @@ measures S_rel on a fixed reference set of k training points per class. Randomne
 seeds derived from (seed, run, epoch), so an epoch replays identically from a checkpoint and two
 runs with the same parameters give bit-identical results on the same device.
 """
+import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -23,6 +25,10 @@ from .elasticity import (
     select_reference_points,
 )
 from .models import make_resnet18, pick_device
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -52,20 +58,52 @@ class ExperimentConfig:
     device: str = "auto"
 
     def __post_init__(self):
+        names = (self.definitions,) if isinstance(self.definitions, str) else self.definitions
+        if not isinstance(names, (list, tuple)) or len(set(names)) != len(names):
+            raise ValueError(f"definitions must name each S_rel definition once (e.g. ['kl', "
+                             f"'suhe']), got {self.definitions!r}.")
         self.definitions = check_options(self.definitions, self.update)
+        if isinstance(self.classes, (int, np.integer, set, frozenset, dict)):
+            raise ValueError(f"classes must be a list of class names or labels (with papermill: "
+                             f"-y 'classes: [0, 2]'), got {self.classes!r}.")
         if self.classes is not None:
             self.classes = tuple(self.classes) if not isinstance(self.classes, str) else (self.classes,)
         for name in ("epochs", "runs", "measure_every", "k"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or None, got {self.batch_size!r}.")
-        for name in ("lr", "update_lr", "eps"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
-        if float(self.weight_decay) < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+        if self.batch_size is not None:
+            if not _is_int(self.batch_size) or self.batch_size < 1:
+                raise ValueError(
+                    f"batch_size must be a positive integer or None, got {self.batch_size!r}."
+                )
+            self.batch_size = int(self.batch_size)
+        for name in ("lr", "update_lr", "eps", "weight_decay"):
+            # NOTE: YAML (papermill -y, -f) reads 1e-4 as the string '1e-4'; write 1.0e-4
+            value = getattr(self, name)
+            if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+                    or not math.isfinite(value)):
+                hint = ""
+                if isinstance(value, str):
+                    hint = " (YAML reads 1e-4 as a string: write 1.0e-4)"
+                raise ValueError(f"{name} must be a finite number, got {value!r}{hint}.")
+            if name == "weight_decay" and value < 0:
+                raise ValueError(f"weight_decay must be >= 0, got {value!r}.")
+            if name != "weight_decay" and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}.")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        for name in ("include_self", "download"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        if self.k < 2 and not self.include_self:
+            raise ValueError("k=1 leaves no own-class pairs once self-pairs are left out (every "
+                             "own-class S_rel would be NaN); use k >= 2 or include_self=True.")
+        try:
+            pick_device(self.device)  # fails here, before any data is loaded
+        except RuntimeError:  # torch lists every device type it knows
+            raise ValueError(f"Unknown device {self.device!r}; use 'auto', 'cpu', 'cuda' or "
+                             f"'cuda:<index>'.") from None
         if self.measure_dtype not in ("float32", "float64"):
             raise ValueError(f"measure_dtype must be 'float32' or 'float64', got {self.measure_dtype!r}.")
         if self.dataset not in DATASETS:

@@ -416,6 +416,14 @@ def test_store_numbers_keeps_two_and_skips_foreign_files(tmp_path):
     assert _numbers(tmp_path) == [2, 3] and store.load(verbose=False)["run"] == 5
 
 
+def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path):
+    """Otherwise the first save, after a whole epoch, would hit the file."""
+    (tmp_path / "taken").write_text("x")
+    for folder in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        with pytest.raises(NotADirectoryError, match="taken is a file.*checkpoint_dir"):
+            CheckpointStore(folder, {"a": 1})
+
+
 def test_load_results_rejects_a_set_mixed_by_an_interrupted_save(reference, tmp_path):
     """New pair_iters beside the sidecar of another run: an error naming the file."""
     shutil.copytree(reference["root"] / "assets", tmp_path / "assets")
@@ -450,7 +458,7 @@ def test_resnet18_gradients_are_reproducible_on_cpu():
 def test_resnet18_with_adam_resumes_bit_identically_after_sigkill(tmp_path, capsys):
     """The real model: its weights and Adam state round-trip exactly through a checkpoint."""
     config = dict(TINY, train_per_class=2, test_per_class=1, epochs=2, runs=1, k=1,
-                  batch_size=6, measure_every=1, definitions=["kl"])
+                  include_self=True, batch_size=6, measure_every=1, definitions=["kl"])
     result = run_experiment(ExperimentConfig(**config), verbose=False)
     save_results(result, tmp_path / "uninterrupted")
 

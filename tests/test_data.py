@@ -252,6 +252,8 @@ def test_missing_class_folder(tmp_path):
     ({"classes": [2, "2"]}, "duplicate classes"),
     ({"classes": [3]}, "at least 2 classes"),
     ({"classes": "0"}, "must be a list"),
+    ({"classes": {"0", "2"}}, "must be a list"),  # a set has no order to relabel by
+    ({"classes": {0: "a", 2: "b"}}, "must be a list"),
     ({"train_per_class": 0}, "train_per_class must be a positive integer or 'all', got 0"),
     ({"test_per_class": -3}, "test_per_class must be a positive integer"),
     ({"test_per_class": 2.5}, "test_per_class must be a positive integer"),
@@ -272,6 +274,28 @@ def test_count_too_large_in_imagefolder(tmp_path):
             _write_png(tmp_path / split / name / "0.png", np.zeros((32, 32, 3)))
     with pytest.raises(ValueError, match="'airplane' has only 1 examples.*'all'"):
         data.load_class_subset("cifar10", classes=[0, 8], train_per_class=2, test_per_class=1,
+                               data_root=tmp_path)
+
+
+def test_imagefolder_without_png_names_the_folder(tmp_path):
+    """A class folder holding only JPEGs says that only PNG images are read."""
+    for split in ("train", "test"):
+        for name in ("airplane", "ship"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(folder / "0.jpg")
+    with pytest.raises(ValueError, match=r"no \*\.png files in .*train/airplane.*only PNG"):
+        data.load_class_subset("cifar10", classes=[0, 8], train_per_class=1, test_per_class=1,
+                               data_root=tmp_path)
+
+
+def test_imagefolder_unreadable_png_names_the_file(tmp_path):
+    for split in ("train", "test"):
+        for name in ("airplane", "ship"):
+            _write_png(tmp_path / split / name / "0.png", np.zeros((32, 32, 3)))
+    (tmp_path / "test" / "ship" / "0.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"test/ship/0\.png is not a readable PNG image"):
+        data.load_class_subset("cifar10", classes=[0, 8], train_per_class=1, test_per_class=1,
                                data_root=tmp_path)
 
 

@@ -72,3 +72,43 @@ def test_summary_table_own_vs_cross():
     assert table.loc["a", "own@0"] == 1.0 and table.loc["a", "cross@1"] == 4.0
     assert table.loc["b", "own@1"] == 6.0 and np.isnan(table.loc["b", "cross@1"])
     assert table.loc["all", "own@0"] == 3.0
+
+
+@pytest.mark.parametrize("pair_iters, metrics, match", [
+    ([[1.0, 2.0, 3.0, 4.0]], None, "lists of S_rel values over measurements"),
+    ([[["a"], ["b"], ["c"], ["d"]]], None, "S_rel values must be numbers"),
+    ([[[], [], [], []]], None, "holds no measurements"),
+    (None, {"train_accs": 5, "train_losses": [[1.0]], "test_accs": [[1.0]],
+            "test_losses": [[1.0]]}, "'train_accs' must be a non-empty list over runs"),
+    (None, {"train_accs": [], "train_losses": [], "test_accs": [], "test_losses": []},
+     "'train_accs' must be a non-empty list over runs"),
+])
+def test_wrong_structures_are_named(tmp_path, pair_iters, metrics, match):
+    """Pickles of the wrong structure fail in load_results, not later in a plot."""
+    paths = result_paths(tmp_path, "x", "kl")
+    good_metrics = {k: [[1.0]] for k in ("train_accs", "train_losses", "test_accs", "test_losses")}
+    with open(paths["pair_iters"], "wb") as f:
+        pickle.dump(pair_iters or [[[1.0]] * 4], f)
+    with open(paths["metrics"], "wb") as f:
+        pickle.dump(metrics or good_metrics, f)
+    with pytest.raises(ResultFileError, match=match):
+        load_results(tmp_path, "x", "kl")
+
+
+def test_sidecar_that_is_not_a_dict_is_named(tmp_path, saved):
+    for key in ("pair_iters", "metrics"):
+        src = result_paths(saved[1], "digits", "kl")[key]
+        result_paths(tmp_path, "digits", "kl")[key].write_bytes(src.read_bytes())
+    with open(result_paths(tmp_path, "digits", "kl")["details"], "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(ResultFileError, match="details_digits_kl.pkl: expected the sidecar dict"):
+        load_results(tmp_path, "digits", "kl")
+
+
+def test_list_results_missing_folder_and_stray_names(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_assets is not a folder"):
+        list_results(tmp_path / "no_such_assets")
+    for name in ("pair_iters_cifar10_kl.pkl", "pair_iters_cifar10_kl_old.pkl", "pair_iters_kl.pkl"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.warns(UserWarning, match="pair_iters_cifar10_kl_old.pkl.*pair_iters_kl.pkl"):
+        assert list_results(tmp_path) == [("cifar10", "kl")]

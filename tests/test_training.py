@@ -80,11 +80,35 @@ class TestBadParameters:
             (dict(update="rmsprop"), "Unknown update rule"),
             (dict(dataset="mnist"), "Unknown dataset 'mnist'"),
             (dict(measure_dtype="float16"), "measure_dtype"),
+            (dict(definitions=("kl", "kl")), "each S_rel definition once"),
+            (dict(definitions=None), "each S_rel definition once"),
+            (dict(classes=0), "classes must be a list"),  # papermill -p classes 0
+            (dict(classes={"0", "2"}), "classes must be a list"),
+            (dict(batch_size=8.0), "batch_size must be a positive integer"),
+            (dict(lr="1e-4"), "lr must be a finite number.*write 1.0e-4"),  # YAML's 1e-4
+            (dict(lr=None), "lr must be a finite number"),
+            (dict(eps=float("inf")), "eps must be a finite number"),
+            (dict(weight_decay=float("nan")), "weight_decay must be a finite number"),
+            (dict(seed=-1), "seed must be a non-negative integer"),
+            (dict(seed=1.5), "seed must be a non-negative integer"),
+            (dict(include_self="false"), "include_self must be True or False"),  # -p x false
+            (dict(download="False"), "download must be True or False"),
+            (dict(device="gpu"), "Unknown device 'gpu'"),
+            (dict(k=1), "k=1 leaves no own-class pairs"),
         ],
     )
     def test_config_errors(self, override, message):
         with pytest.raises(ValueError, match=message):
             ExperimentConfig(**dict(TINY, **override))
+
+    def test_numpy_integers_are_accepted(self):
+        config = ExperimentConfig(**dict(TINY, batch_size=np.int64(8), seed=np.int64(3)))
+        assert config.batch_size == 8 and type(config.batch_size) is int
+
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+    def test_cuda_without_cuda_fails_when_configured(self):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ExperimentConfig(**dict(TINY, device="cuda"))
 
     def test_k_larger_than_class_fails_before_training(self, tmp_path):
         config = ExperimentConfig(**dict(TINY, k=11))
