@@ -36,6 +36,7 @@ from srel.results import (
 from srel.training import (
     ExperimentConfig,
     ExperimentResult,
+    config_from_notebook,
     describe_subset,
     load_subset,
     run_experiment,

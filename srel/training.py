@@ -9,6 +9,7 @@ runs with the same parameters give bit-identical results on the same device.
 import math
 import numbers
 import time
+import types
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -24,6 +25,7 @@ from .elasticity import (
     pair_order,
     select_reference_points,
 )
+from .io import resolve_path
 from .models import make_resnet18, pick_device
 
 
@@ -142,6 +144,41 @@ class ExperimentResult:
     n_floored: dict = field(default_factory=dict)  # definition -> (runs, M, C, C)
     n_nonfinite: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)  # wall time: total, training, measurement
+
+
+NOTEBOOK_OUTPUTS = ("assets_dir", "plots_dir", "checkpoint_dir")  # notebook-only parameters
+
+
+def config_from_notebook(namespace: dict) -> ExperimentConfig:
+    """The experiment config from a notebook's parameters (its `globals()`).
+
+    papermill only warns about a `-p` name the parameters cell does not define, and the run
+    would go on with the defaults; here any such name is an error. Notebook names equal the
+    config's fields, except `definition` (-> `definitions`) and the output folders, which must
+    not be existing files.
+    """
+    known = {f.name for f in fields(ExperimentConfig)} - {"definitions"}
+    known |= {"definition", *NOTEBOOK_OUTPUTS}
+    params = {
+        name: value
+        for name, value in namespace.items()
+        if not name.startswith("_")
+        and not name[0].isupper()  # IPython's In / Out
+        and not callable(value)
+        and not isinstance(value, types.ModuleType)
+    }
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown notebook parameter(s) {unknown} (a misspelt papermill -p?); "
+            f"known: {sorted(known)}."
+        )
+    for name in NOTEBOOK_OUTPUTS:
+        folder = params.get(name)
+        if folder is not None and resolve_path(folder).exists() and not resolve_path(folder).is_dir():
+            raise NotADirectoryError(f"{name}={folder!r} is a file; pass a folder.")
+    params["definitions"] = params.pop("definition", ("kl",))
+    return ExperimentConfig(**{k: v for k, v in params.items() if k not in NOTEBOOK_OUTPUTS})
 
 
 def load_subset(config: ExperimentConfig):

@@ -119,6 +119,13 @@ def test_missing_dataset_fails_in_first_cells_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.slow
+def test_misspelt_parameter_fails_before_training(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match="Unknown notebook parameter"):
+        run_notebook("Digits", tmp_path, epoch=1, assets_dir=str(tmp_path / "Assets"))
+    assert not (tmp_path / "Assets").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CIFAR10.is_dir(), reason="no real CIFAR-10 sample beside the repo")
 def test_cifar10_kl_on_real_images_learns(tmp_path):
     """Real CIFAR-10 airplane / automobile / ship (ImageFolder): above chance after training."""

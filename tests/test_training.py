@@ -5,7 +5,7 @@ import torch
 
 from srel.data import load_class_subset
 from srel.elasticity import pair_order
-from srel.training import ExperimentConfig, derive_seed, run_experiment
+from srel.training import ExperimentConfig, config_from_notebook, derive_seed, run_experiment
 
 TINY = dict(dataset="digits", train_per_class=10, test_per_class=4, epochs=2, runs=2, k=2,
             batch_size=8, measure_every=2, definitions=("kl", "suhe"))
@@ -119,3 +119,25 @@ class TestBadParameters:
     def test_unknown_config_key(self):
         with pytest.raises(ValueError, match="Unknown experiment parameter"):
             ExperimentConfig.from_dict(dict(TINY, epoch=3))
+
+
+class TestConfigFromNotebook:
+    NOTEBOOK = dict(dataset="digits", definition=["kl", "suhe"], epochs=2, assets_dir="Assets",
+                    plots_dir="Plots", checkpoint_dir=None)
+
+    def test_maps_notebook_names_and_ignores_ipython_names(self):
+        import types as pytypes
+
+        namespace = dict(self.NOTEBOOK, In=[""], Out={}, _i1="", get_ipython=print,
+                         utils=pytypes.ModuleType("utils"))
+        config = config_from_notebook(namespace)
+        assert config.definitions == ("kl", "suhe") and config.epochs == 2
+
+    def test_misspelt_parameter_is_an_error(self):
+        with pytest.raises(ValueError, match=r"Unknown notebook parameter\(s\) \['epoch'\]"):
+            config_from_notebook(dict(self.NOTEBOOK, epoch=1))
+
+    def test_output_folder_that_is_a_file(self, tmp_path):
+        (tmp_path / "f").write_text("")
+        with pytest.raises(NotADirectoryError, match="assets_dir"):
+            config_from_notebook(dict(self.NOTEBOOK, assets_dir=str(tmp_path / "f")))

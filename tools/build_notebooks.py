@@ -2,6 +2,7 @@
 
 Run from anywhere: `python tools/build_notebooks.py`. Notebooks are stored without outputs.
 """
+import json
 from pathlib import Path
 
 import nbformat
@@ -32,7 +33,7 @@ FORMS = {
 }
 
 PARAMETERS = """\
-dataset = {dataset!r:<22} # "svhn", "cifar10", "cifar100", or "digits" (bundled, offline)
+dataset = {dataset:<22} # "svhn", "cifar10", "cifar100", or "digits" (bundled, offline)
 classes = None                   # names or labels, relabelled 0..C-1 in order; None: {classes}
 train_per_class = None           # int, "all", or None for the paper's {counts} (train / test)
 test_per_class = None
@@ -42,12 +43,14 @@ seed = 0
 batch_size = None                # None: the paper's {batch}
 lr = 1e-4                        # Adam learning rate
 weight_decay = 1e-4
-measure_every = {measure_every:<20} # batches between S_rel measurements, counted from batch 0
+measure_every = {measure_every:<16} # batches between S_rel measurements, counted from batch 0
 k = 20                           # reference points per class (S_rel over k x k pairs)
-definition = {definition!r:<19} # "kl", "suhe", "kl_published", or a list of them
+definition = {definition:<19} # "kl", "suhe", "kl_published", or a list of them
 update = "adam"                  # one-example update: "adam" (paper) or "sgd" (He & Su)
 update_lr = 1e-4                 # step size of that update
 eps = 1e-8                       # floor of the S_rel denominator
+include_self = False             # keep the self-pairs S_rel(x, x) = 1 in own-class means
+measure_dtype = "float32"        # "float64" for a reference-precision measurement (slow)
 data_root = "data"               # torchvision files or <root>/{{train,test}}/<class>/*.png
 download = True                  # let torchvision download what data_root lacks (online)
 device = "auto"                  # "auto", "cpu", "cuda", ...
@@ -72,22 +75,16 @@ def classification_notebook(dataset: str, definition, note: str):
         new_code_cell("import utils\n\nprint(utils.pick_device())"),
         new_code_cell(
             PARAMETERS.format(
-                dataset=dataset,
-                definition=definition,
-                measure_every=5 if dataset == "digits" else 9,
+                dataset=json.dumps(dataset),
+                definition=json.dumps(definition),
+                measure_every=str(5 if dataset == "digits" else 9),
                 **paper,
             ),
             metadata={"tags": ["parameters"]},
         ),
         new_markdown_cell("## Data\nLoading fails here, before any training, if the data or a class is missing."),
         new_code_cell(
-            "config = utils.ExperimentConfig(\n"
-            "    dataset=dataset, classes=classes, train_per_class=train_per_class,\n"
-            "    test_per_class=test_per_class, epochs=epochs, runs=runs, seed=seed,\n"
-            "    batch_size=batch_size, lr=lr, weight_decay=weight_decay, measure_every=measure_every,\n"
-            "    k=k, definitions=definition, update=update, update_lr=update_lr, eps=eps,\n"
-            "    data_root=data_root, download=download, device=device,\n"
-            ")\n"
+            "config = utils.config_from_notebook(globals())  # rejects misspelt -p names\n"
             "subset = utils.load_subset(config)\n"
             "print(utils.describe_subset(subset))"
         ),
