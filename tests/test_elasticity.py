@@ -114,6 +114,25 @@ class TestNaiveLoopEquivalence:
             ref = naive_changes(model, x, y, d, update, lr)
             np.testing.assert_allclose(changes[d].numpy(), ref.numpy(), rtol=1e-5, atol=1e-300)
 
+    @pytest.mark.parametrize("model_kind", ["shared_layer", "layernorm"])
+    def test_batch1_fallback_equals_deepcopy_loop(self, model_kind):
+        """Models outside plain Conv2d/Linear (a layer used twice, a LayerNorm) take the batch-1
+        gradient path; it must agree with the naive loop too."""
+        torch.manual_seed(3)
+        if model_kind == "shared_layer":
+            shared = nn.Linear(12, 12)
+            model = nn.Sequential(nn.Flatten(), shared, nn.Tanh(), shared, nn.Tanh(), nn.Linear(12, 3))
+        else:
+            model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.LayerNorm(8), nn.Tanh(),
+                                  nn.Linear(8, 3))
+        model = model.double()
+        x = torch.randn(6, 3, 2, 2, dtype=torch.float64)
+        y = torch.tensor([0, 0, 1, 1, 2, 2])
+        changes = compute_output_changes(model, x, y, definitions=("kl", "suhe"), lr=1e-3)
+        for d in ("kl", "suhe"):
+            ref = naive_changes(model, x, y, d, "adam", 1e-3)
+            np.testing.assert_allclose(changes[d].numpy(), ref.numpy(), rtol=1e-5, atol=1e-300)
+
     def test_rows_split_equals_full(self):
         """Slices of sampled points (as separate processes would take) gather to the full matrix."""
         torch.manual_seed(1)
