@@ -68,7 +68,18 @@ def check_options(definitions, update: str) -> tuple:
 
 
 def check_measurable(model: nn.Module) -> None:
-    """Raise if a BatchNorm layer is in training mode (its output would depend on the batch)."""
+    """Raise if a BatchNorm layer is in training mode (its output would depend on the batch), or
+    if one module object is registered twice (torch.func.functional_call then leaves plain
+    tensors in place of that module's parameters: seen with torch 2.14)."""
+    seen = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) in seen and next(module.parameters(recurse=False), None) is not None:
+            raise ValueError(
+                f"Module {seen[id(module)]!r} is registered again as {name!r}: S_rel measurement "
+                "does not support a module object used at two places. Build the model with "
+                "distinct modules (tied Parameters in distinct modules are fine)."
+            )
+        seen.setdefault(id(module), name)
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
             raise ValueError(

@@ -114,24 +114,26 @@ class TestNaiveLoopEquivalence:
             ref = naive_changes(model, x, y, d, update, lr)
             np.testing.assert_allclose(changes[d].numpy(), ref.numpy(), rtol=1e-5, atol=1e-300)
 
-    @pytest.mark.parametrize("model_kind", ["shared_layer", "layernorm"])
-    def test_batch1_fallback_equals_deepcopy_loop(self, model_kind):
-        """Models outside plain Conv2d/Linear (a layer used twice, a LayerNorm) take the batch-1
-        gradient path; it must agree with the naive loop too."""
+    def test_batch1_fallback_equals_deepcopy_loop(self):
+        """Models outside plain Conv2d/Linear (here a LayerNorm) take the batch-1 gradient
+        path; it must agree with the naive loop too."""
         torch.manual_seed(3)
-        if model_kind == "shared_layer":
-            shared = nn.Linear(12, 12)
-            model = nn.Sequential(nn.Flatten(), shared, nn.Tanh(), shared, nn.Tanh(), nn.Linear(12, 3))
-        else:
-            model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.LayerNorm(8), nn.Tanh(),
-                                  nn.Linear(8, 3))
-        model = model.double()
+        model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.LayerNorm(8), nn.Tanh(),
+                              nn.Linear(8, 3)).double()
+        assert elasticity._gradient_layers(model, [n for n, _ in model.named_parameters()]) == {}
         x = torch.randn(6, 3, 2, 2, dtype=torch.float64)
         y = torch.tensor([0, 0, 1, 1, 2, 2])
         changes = compute_output_changes(model, x, y, definitions=("kl", "suhe"), lr=1e-3)
         for d in ("kl", "suhe"):
             ref = naive_changes(model, x, y, d, "adam", 1e-3)
             np.testing.assert_allclose(changes[d].numpy(), ref.numpy(), rtol=1e-5, atol=1e-300)
+
+    def test_module_registered_twice_is_refused(self):
+        shared = nn.Linear(12, 12)
+        model = nn.Sequential(nn.Flatten(), shared, nn.Tanh(), shared, nn.Linear(12, 3))
+        with pytest.raises(ValueError, match="registered again as '3'"):
+            compute_output_changes(model, torch.randn(3, 3, 2, 2), torch.tensor([0, 1, 2]))
+        assert all(type(p) is nn.Parameter and p.requires_grad for p in model.parameters())
 
     def test_rows_split_equals_full(self):
         """Slices of sampled points (as separate processes would take) gather to the full matrix."""
@@ -148,8 +150,11 @@ class TestNaiveLoopEquivalence:
         torch.manual_seed(2)
         model = small_cnn().train()
         before = copy.deepcopy(model.state_dict())
+        params = list(model.parameters())
         compute_output_changes(model, torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 2]))
         assert model.training
+        after = list(model.parameters())
+        assert all(a is b and type(a) is nn.Parameter and a.requires_grad for a, b in zip(after, params))
         for k, v in model.state_dict().items():
             assert torch.equal(v, before[k])
 
