@@ -521,6 +521,9 @@ def plot_all(
 
     where = f"{_dataset_dir(dataset).replace('_', '-')}, {DEFINITION_LABELS[definition]}"
     stems = _file_stems(names)
+    # heavy tails (a well-fit x moves little, so its ratios explode) flatten a linear axis
+    finite = s_rel[np.isfinite(s_rel)]
+    log_y = finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 100
     # draw every figure first, so a failure leaves no partial set of files
     figures = []
     for den in range(n_classes):
@@ -532,6 +535,7 @@ def plot_all(
                 measure_epochs=measure_epochs,
                 stat=stat,
                 details=details,
+                log_y=log_y,
                 title=f"{where}: {S_REL_LABEL} after updates on {names[den]}",
             )
             suffix = "_median" if stat == "median" else ""

@@ -347,3 +347,16 @@ class TestPlotAll:
         with pytest.raises(ValueError, match="class names"):
             plots.plot_all(make_pair_iters(), make_metrics(), details, tmp_path)
         assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_all_uses_log_axis_for_heavy_tails(tmp_path, monkeypatch):
+    """Values spanning more than two decades get a log y axis in the saved curves."""
+    seen = []
+    original = plots.plot_s_rel_curves
+    monkeypatch.setattr(plots, "plot_s_rel_curves", lambda *a, **k: seen.append(k["log_y"]) or original(*a, **k))
+    metrics = {k: [[1.0, 2.0]] for k in ("train_accs", "train_losses", "test_accs", "test_losses")}
+    tame = [[[1.0, 2.0, 3.0]] * 9]
+    wild = [[[0.5, 2.0, 300.0]] * 9]
+    plots.plot_all(tame, metrics, plots_dir=tmp_path, dataset="d", definition="kl")
+    plots.plot_all(wild, metrics, plots_dir=tmp_path, dataset="d", definition="kl")
+    assert seen == [False] * 3 + [True] * 3
