@@ -306,9 +306,10 @@ def load_class_subset(dataset: str = "digits", classes=None, train_per_class=Non
             parts = _load_torchvision(dataset, root, labels, n_train, n_test, names, True)
         except OSError as exc:  # urllib's URLError is an OSError
             raise FileNotFoundError(
-                f"{dataset}: not found under {root} and the download failed ({exc}). Check the "
-                f"internet connection, or pass data_root= pointing to torchvision's files or an "
-                f"ImageFolder tree <root>/{{train,test}}/<class_name>/*.png."
+                f"{dataset}: not found under {root} or {root / dataset} (looked for "
+                f"{', '.join(_TORCHVISION_FILES[dataset])} and an ImageFolder tree "
+                f"<root>/{{train,test}}/<class_name>/*.png) and the download failed ({exc}). "
+                f"Check the internet connection, or pass data_root= pointing to either layout."
             ) from None
         source = f"torchvision download into {root}"
     else:

@@ -236,8 +236,15 @@ def plot_s_rel_curves(
     fig = _new_figure(figsize=(9.5, 4.6), layout="constrained")
     ax = fig.add_subplot()
     colors = _class_colors(n_classes)
+    plotted = np.concatenate([c for c, _ in curves.values()])
+    plotted = plotted[np.isfinite(plotted)]
+    log_positive = log_y and plotted.size > 0 and plotted.min() > 0
     for num in [den] + [c for c in range(n_classes) if c != den]:
         center, band = curves[num]
+        if band is not None and log_positive:
+            # a log axis cannot show mean - std <= 0: leave the band out there instead of
+            # drawing it down to the bottom of the axes
+            band = (np.where(band[0] > 0, band[0], np.nan), band[1])
         own = num == den
         label = f"update on {names[den]}, measured on {names[num]}"
         label += " (own class)" if own else ""
@@ -247,9 +254,7 @@ def plot_s_rel_curves(
             ax.fill_between(x, band[0], band[1], color=colors[num], alpha=0.18, lw=0)
 
     if log_y:
-        plotted = np.concatenate([c for c, _ in curves.values()])
-        plotted = plotted[np.isfinite(plotted)]
-        if plotted.size and plotted.min() > 0:
+        if log_positive:
             ax.set_yscale("log", nonpositive="clip")
         else:
             # linear band around 0 just wide enough for the smaller tenth of the magnitudes

@@ -49,7 +49,7 @@ definition = {definition:<19} # "kl", "suhe", "kl_published", or a list of them
 update = "adam"                  # one-example update: "adam" (paper) or "sgd" (He & Su)
 update_lr = 1e-4                 # step size of that update
 eps = 1e-8                       # floor of the S_rel denominator
-include_self = False             # keep the self-pairs S_rel(x, x) = 1 in own-class means
+include_self = False             # keep self-pairs (S_rel(x, x) is 1) in own-class means
 measure_dtype = "float32"        # "float64" for a reference-precision measurement (slow)
 data_root = "data"               # torchvision files or <root>/{{train,test}}/<class>/*.png
 download = True                  # let torchvision download what data_root lacks (online)
