@@ -371,7 +371,7 @@ def run_experiment(
         bar.close()
 
     result = _assemble(config, subset, state["runs"], measure_epochs, n_classes)
-    result.seconds["total_this_session"] = time.perf_counter() - start
+    result.seconds["total_this_process"] = time.perf_counter() - start
     return result
 
 
