@@ -32,6 +32,7 @@ from matplotlib.ticker import MaxNLocator
 
 from srel import io
 from srel.elasticity import pair_order
+from srel.results import METRIC_KEYS
 
 DATASET_DIRS = {"cifar10": "CIFAR_10", "cifar100": "CIFAR_100", "svhn": "SVHN", "digits": "DIGITS"}
 DEFINITION_DIRS = {"kl": "KL_Div", "suhe": "SuHe", "kl_published": "KL_Published"}
@@ -40,7 +41,6 @@ DEFINITION_LABELS = {
     "suhe": "He & Su form",
     "kl_published": "published-code formula",
 }
-METRIC_KEYS = ("train_accs", "train_losses", "test_accs", "test_losses")
 S_REL_LABEL = r"$S_{\mathrm{rel}}$"
 TRAIN_COLOR, TEST_COLOR = "#3b4a6b", "#c0392b"
 

@@ -27,6 +27,7 @@ from .elasticity import (
 )
 from .io import resolve_path
 from .models import make_resnet18, pick_device
+from .results import METRIC_KEYS
 
 
 def _is_int(value) -> bool:
@@ -379,7 +380,7 @@ def _new_history(config, seed, ref_idx) -> dict:
     return {
         "seed": int(seed),
         "reference_indices": np.asarray(ref_idx),
-        "metrics": {k: [] for k in ("train_accs", "train_losses", "test_accs", "test_losses")},
+        "metrics": {k: [] for k in METRIC_KEYS},
         "class_means": {d: [] for d in config.definitions},
         "pair_values": {d: [] for d in config.definitions},
         "n_floored": {d: [] for d in config.definitions},
@@ -405,7 +406,7 @@ def _assemble(config, subset, runs, measure_epochs, n_classes) -> ExperimentResu
         seeds=[h["seed"] for h in runs],
         reference_indices=[h["reference_indices"] for h in runs],
     )
-    for key in ("train_accs", "train_losses", "test_accs", "test_losses"):
+    for key in METRIC_KEYS:
         result.metrics[key] = [list(h["metrics"][key]) for h in runs]
     for d in config.definitions:
         result.pair_iters[d] = [
